@@ -1,0 +1,113 @@
+"""Command line: arguments -> Config -> App."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from stream.config import Config, load_config
+from stream.errors import ConfigError, VistreamError
+from stream.sample import sample_video_path
+
+log = logging.getLogger("vistream")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vistream", description="Streaming video analytics with ONNX classifiers.")
+    parser.add_argument("--debug", action="store_true", help="log at DEBUG level and show tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser(
+        "run",
+        help="analyse cameras or video files and emit one JSON result per analysed frame",
+        description="With no options, analyses the bundled sample clip with the built-in EfficientNet-Lite0.",
+    )
+    run.add_argument("--config", type=Path, help="YAML config file; options given here override it")
+    run.add_argument("--source", help="one video file path, rtsp:// URL or device index, replacing the config's cameras")
+    run.add_argument("--camera-id", help="camera id for --source (default: derived from its name)")
+    run.add_argument("--max-frames", type=int, help="stop each camera after analysing this many frames")
+    run.add_argument("--fps", type=float, help="analyse at most this many frames per second of video time")
+    run.add_argument("--loop", action="store_true", default=None, help="restart video files at their end")
+    run.add_argument("--top-k", type=int, help="number of labels per result (default 5)")
+    run.add_argument("--model", type=Path, help="ONNX classifier (default: built-in EfficientNet-Lite0)")
+    run.add_argument("--model-card", type=Path, help="model card for --model (default: MODEL.card.yaml)")
+    run.add_argument("--output", type=Path, help="write results to this JSON Lines file instead of standard output")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Merge the config file, the command-line options and the defaults, in that order of precedence."""
+    overrides: dict[str, Any] = {}
+    for option, key in (
+        ("top_k", "model.top_k"),
+        ("model", "model.path"),
+        ("model_card", "model.card"),
+        ("output", "output.path"),
+    ):
+        value = getattr(args, option)
+        if value is not None:
+            overrides[key] = str(value) if isinstance(value, Path) else value
+
+    config = load_config(args.config, overrides)
+    cameras = [camera.model_dump(exclude_unset=True) for camera in config.cameras]
+    if args.source is not None:
+        cameras = [{"url": args.source}]
+    elif not cameras:
+        cameras = [{"url": str(sample_video_path())}]
+    if args.camera_id is not None:
+        if len(cameras) != 1:
+            raise ConfigError("--camera-id applies to a single camera; set ids in the config file instead")
+        cameras[0]["id"] = args.camera_id
+
+    for camera in cameras:
+        for option, key in (("max_frames", "max_frames"), ("fps", "fps"), ("loop", "loop")):
+            value = getattr(args, option)
+            if value is not None:
+                camera[key] = value
+        if "password" in camera and camera["password"] is not None:
+            camera["password"] = camera["password"].get_secret_value()
+    return load_config(args.config, {**overrides, "cameras": cameras})
+
+
+def configure_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+async def run_app(config: Config) -> None:
+    from stream.app import App  # imported late so `vistream --help` stays fast
+
+    await App(config).run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.debug)
+    try:
+        config = config_from_args(args)
+        if args.command == "run":
+            asyncio.run(run_app(config))
+        return EXIT_OK
+    except VistreamError as exc:
+        if args.debug:
+            log.exception("failed")
+        print(f"vistream: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG if isinstance(exc, ConfigError) else EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

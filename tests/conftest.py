@@ -1,0 +1,66 @@
+"""Shared fixtures: the sample clip, the built-in model, the result schema and a CLI runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from detectors.zoo.efficientnet_lite import ensure_model
+from stream.results import SCHEMA_PATH
+from stream.sample import sample_video_path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def sample_video() -> Path:
+    return sample_video_path()
+
+
+@pytest.fixture(scope="session")
+def builtin_model() -> Path:
+    path, _version = ensure_model()
+    return path
+
+
+@pytest.fixture(scope="session")
+def result_validator() -> jsonschema.Draft202012Validator:
+    schema = json.loads(SCHEMA_PATH.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+
+
+@dataclass
+class CliRun:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def results(self) -> list[dict]:
+        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def run_cli(tmp_path):
+    """Run `vistream ARGS...` in a subprocess, as a user would, and capture its output."""
+
+    def run(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> CliRun:
+        completed = subprocess.run(
+            [sys.executable, "-m", "stream.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=tmp_path,
+            env={**os.environ, **(env or {})},
+        )
+        return CliRun(completed.returncode, completed.stdout, completed.stderr)
+
+    return run
