@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -78,6 +79,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def configure_logging(debug: bool) -> None:
+    # OpenCV and FFmpeg print to stderr on their own; vistream reports their failures itself,
+    # so they stay quiet unless --debug is given. Both are read when cv2 is first used.
+    if not debug:
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

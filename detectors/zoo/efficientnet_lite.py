@@ -208,13 +208,13 @@ def model_version(source: Path) -> str:
     return f"imagenet-{digest[:12]}-b{BUILDER_VERSION}"
 
 
-def ensure_model(cache_dir: Path | None = None) -> tuple[Path, str]:
+def ensure_model(cache_dir: Path | None = None, source: Path | None = None) -> tuple[Path, str]:
     """Return the path and version of the cached ONNX model, building it when missing or stale.
 
     The cache file name carries a hash of the source weights and the builder version, so a
     changed weights file or builder gives a new file and the old one is never served.
     """
-    source = weights_path()
+    source = source or weights_path()
     version = model_version(source)
     cache_dir = cache_dir or default_cache_dir()
     target = cache_dir / f"{MODEL_NAME}-{version}.onnx"
