@@ -21,6 +21,7 @@ class Frame:
     captured_at: float  # UTC, seconds since the epoch
     image: np.ndarray  # BGR, uint8, height x width x 3
     decode_s: float
+    pts_ms: float | None = None  # presentation timestamp within the stream, where it has one
     enqueued_at: float = 0.0  # time.monotonic() when it entered its slot
     origin: dict[str, Any] | None = None  # e.g. Kafka topic, partition and offset, copied into the result
 

@@ -48,6 +48,8 @@ def build_result(
             "inference": round(inference_s * 1000.0, 3),
         },
     }
+    if frame.pts_ms is not None:
+        result["pts_ms"] = round(frame.pts_ms, 3)
     if frame.origin:
         result["source"] = frame.origin
     return result

@@ -43,7 +43,8 @@ class JsonLinesSink:
         self.metrics.published.labels(self.name, "success").inc(len(results))
 
     def _write(self, payload: bytes) -> None:
-        assert self._stream is not None, "start() must run before publish()"
+        if self._stream is None:
+            raise RuntimeError("JsonLinesSink.start() must run before publish()")
         self._stream.write(payload)
         self._stream.flush()
 

@@ -43,8 +43,9 @@ class VideoFileSource:
     """Reads a file as fast as the pipeline takes frames; nothing is dropped.
 
     Every frame is decoded (`grab`), but only frames due under `fps` are converted to BGR
-    (`retrieve`) and analysed. Capture times are the file's presentation timestamps added to
-    the wall-clock time the file was opened.
+    (`retrieve`) and analysed. A file has no absolute capture time, so `captured_at` is the
+    wall-clock time the frame was decoded and `pts_ms` carries the file's own timestamp; a
+    looped file's timestamps keep rising across passes.
     """
 
     def __init__(self, camera: CameraConfig, slot: FrameSlot, metrics: Metrics):
@@ -75,7 +76,6 @@ class VideoFileSource:
         offset_s = 0.0
         period_ms = 1000.0 / self.camera.fps if self.camera.fps else 0.0
         next_due_ms = 0.0
-        opened_at = time.time()
 
         while not self._stop.is_set():
             capture = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
@@ -101,9 +101,10 @@ class VideoFileSource:
                     frame = Frame(
                         camera_id=self.camera_id,
                         sequence=sequence,
-                        captured_at=opened_at + position_ms / 1000.0,
+                        captured_at=time.time(),
                         image=image,
                         decode_s=time.perf_counter() - started,
+                        pts_ms=position_ms,
                     )
                     asyncio.run_coroutine_threadsafe(self.slot.put(frame), loop).result()
                     self.metrics.frame_received(self.camera_id)
