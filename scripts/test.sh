@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install-rtsp.sh
+bash scripts/install-deploy-tools.sh
 bash scripts/kafka.sh start --fresh
 trap 'bash scripts/kafka.sh stop' EXIT
 

@@ -12,6 +12,8 @@ from typing import Any, Sequence
 
 from stream.config import Config, load_config
 from stream.errors import ConfigError, VistreamError
+from stream.publish_frames import add_publish_frames_parser, publish_frames
+from stream.redact import install_log_redaction, redact
 from stream.sample import sample_video_path
 
 log = logging.getLogger("vistream")
@@ -32,7 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="With no options, analyses the bundled sample clip with the built-in EfficientNet-Lite0.",
     )
     run.add_argument("--config", type=Path, help="YAML config file; options given here override it")
-    run.add_argument("--source", help="one video file path, rtsp:// URL or device index, replacing the config's cameras")
+    run.add_argument(
+        "--source",
+        help="one video file path, rtsp:// URL, device index or kafka://TOPIC, replacing the config's cameras",
+    )
     run.add_argument("--camera-id", help="camera id for --source (default: derived from its name)")
     run.add_argument("--max-frames", type=int, help="stop each camera after analysing this many frames")
     run.add_argument("--fps", type=float, help="analyse at most this many frames per second of video time")
@@ -41,6 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", type=Path, help="ONNX classifier (default: built-in EfficientNet-Lite0)")
     run.add_argument("--model-card", type=Path, help="model card for --model (default: MODEL.card.yaml)")
     run.add_argument("--output", type=Path, help="write results to this JSON Lines file instead of standard output")
+    run.add_argument(
+        "--http-port", type=int, help="TCP port for /metrics, /healthz and /readyz (default 9108; 0 picks a free port)"
+    )
+    run.add_argument(
+        "--kafka-bootstrap", metavar="HOST:PORT[,...]", help="Kafka brokers to connect to (default localhost:9092)"
+    )
+    run.add_argument(
+        "--kafka-results-topic", metavar="TOPIC", help="publish results to this Kafka topic instead of standard output"
+    )
+    add_publish_frames_parser(commands)
     return parser
 
 
@@ -52,6 +67,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ("model", "model.path"),
         ("model_card", "model.card"),
         ("output", "output.path"),
+        ("http_port", "http.port"),
+        ("kafka_bootstrap", "kafka.bootstrap_servers"),
+        ("kafka_results_topic", "kafka.results.topic"),
     ):
         value = getattr(args, option)
         if value is not None:
@@ -89,6 +107,7 @@ def configure_logging(debug: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    install_log_redaction()
 
 
 async def run_app(config: Config) -> None:
@@ -102,14 +121,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.debug)
     try:
-        config = config_from_args(args)
         if args.command == "run":
-            asyncio.run(run_app(config))
+            asyncio.run(run_app(config_from_args(args)))
+        elif args.command == "publish-frames":
+            asyncio.run(publish_frames(args))
         return EXIT_OK
     except VistreamError as exc:
         if args.debug:
             log.exception("failed")
-        print(f"vistream: error: {exc}", file=sys.stderr)
+        print(f"vistream: error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG if isinstance(exc, ConfigError) else EXIT_FAILURE
     except KeyboardInterrupt:
         return 130

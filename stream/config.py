@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from stream.errors import ConfigError
+from stream.redact import redact
 
 CAMERA_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -26,7 +27,10 @@ class CameraConfig(_Settings):
         pattern=CAMERA_ID_PATTERN,
         description="Camera id used in results, logs and metric labels; defaults to one derived from the url.",
     )
-    url: str = Field(description="rtsp:// URL, path of a video file, or a capture device index such as 0.")
+    url: str = Field(
+        description="rtsp:// URL, path of a video file, capture device index such as 0, "
+        "or kafka://TOPIC for a frames topic."
+    )
     fps: float | None = Field(
         None, gt=0, description="Maximum frames analysed per second of video time; unset analyses every frame."
     )
@@ -53,6 +57,11 @@ class CameraConfig(_Settings):
     def camera_id(self) -> str:
         return self.id or derive_camera_id(self.url)
 
+    def __repr_args__(self):
+        # A url may carry user:password@; reprs, str() and error messages show it redacted.
+        for name, value in super().__repr_args__():
+            yield name, (redact(value) if name == "url" and isinstance(value, str) else value)
+
 
 class ModelConfig(_Settings):
     """The classifier and how it runs."""
@@ -63,7 +72,12 @@ class ModelConfig(_Settings):
     provider: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(
         "auto", description="Execution provider; auto picks TensorRT or CUDA when available, else CPU."
     )
-    workers: int = Field(1, ge=1, le=64, description="Inference worker threads.")
+    workers: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Inference worker threads; with two, one batch is preprocessed while another runs.",
+    )
     intra_op_threads: int | None = Field(
         None, ge=1, description="onnxruntime threads per session; unset divides the usable CPUs among workers."
     )
@@ -88,6 +102,112 @@ class OutputConfig(_Settings):
     path: Path | None = Field(None, description="JSON Lines file for results; unset writes to standard output.")
 
 
+class HttpConfig(_Settings):
+    """The port that serves /metrics, /healthz and /readyz."""
+
+    host: str = Field("127.0.0.1", description="Address to listen on; 0.0.0.0 listens on every IPv4 interface.")
+    port: int = Field(9108, ge=0, le=65535, description="TCP port to listen on; 0 picks any free port.")
+    liveness_timeout_s: float = Field(
+        5.0, gt=0, description="/healthz returns 503 once the event loop has been blocked this long, in seconds."
+    )
+
+
+KAFKA_TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,249}$"
+
+
+class KafkaResultsConfig(_Settings):
+    """The results topic and its producer. Producers always use acks=all and idempotence."""
+
+    topic: str | None = Field(
+        None,
+        pattern=KAFKA_TOPIC_PATTERN,
+        description="Topic that receives one result per analysed frame, keyed by camera id; unset uses `output`.",
+    )
+    compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        "lz4", description="Compression of record batches; snappy, lz4 and zstd need the cramjam package."
+    )
+    linger_ms: int = Field(
+        20,
+        ge=0,
+        le=60_000,
+        description="How long the producer waits to fill a batch before sending it, in milliseconds.",
+    )
+    max_batch_bytes: int = Field(
+        262_144, ge=1024, description="Maximum size of one record batch per partition, in bytes."
+    )
+    max_message_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest produce request, and so the largest result or dead letter, in bytes."
+    )
+    buffer_results: int = Field(
+        10_000,
+        ge=1,
+        description="Results held while they wait for the broker's acknowledgement, for example during an outage.",
+    )
+    overflow: Literal["block", "drop_oldest"] = Field(
+        "block",
+        description="Policy for a full buffer. block holds back the pipeline, so live cameras drop frames as "
+        "superseded and files and Kafka cameras wait. drop_oldest discards the oldest result not yet sent.",
+    )
+    publish_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="Deadline for the broker to acknowledge one result, in seconds; later it counts as failed.",
+    )
+
+
+class KafkaFramesConfig(_Settings):
+    """Consumer settings of kafka:// cameras."""
+
+    group_id: str = Field(
+        "vistream", min_length=1, description="Consumer group; its committed offsets mark frames done."
+    )
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="Where a group without committed offsets starts reading."
+    )
+    dead_letter_topic: str = Field(
+        "vistream.dead-letters",
+        pattern=KAFKA_TOPIC_PATTERN,
+        description="Topic for frames that cannot be analysed, with the reason in the dead_letter.reason header.",
+    )
+    max_message_bytes: int = Field(
+        8_388_608, ge=1024, description="Frames larger than this go to the dead-letter topic undecoded, in bytes."
+    )
+    max_image_pixels: int = Field(
+        33_177_600,
+        ge=1,
+        description="Frames whose image header declares more pixels (width x height) go to the dead-letter topic "
+        "undecoded; the default is one 7680x4320 frame.",
+    )
+    commit_interval_ms: int = Field(
+        1000, ge=10, description="How often offsets of finished frames are committed, in milliseconds."
+    )
+
+
+class KafkaConfig(_Settings):
+    """The Kafka cluster, the results topic and the frames topics of kafka:// cameras."""
+
+    bootstrap_servers: list[str] = Field(
+        default_factory=lambda: ["localhost:9092"], min_length=1, description="host:port of one or more brokers."
+    )
+    client_id: str = Field("vistream", min_length=1, description="Client id sent to the brokers, seen in their logs.")
+    request_timeout_ms: int = Field(
+        30_000, ge=1000, description="Deadline of one request to a broker, in milliseconds."
+    )
+    health_check_interval_s: float = Field(
+        2.0, gt=0, description="How often the producer checks that a broker responds, for /readyz, in seconds."
+    )
+    results: KafkaResultsConfig = Field(default_factory=KafkaResultsConfig, description="The results topic.")
+    frames: KafkaFramesConfig = Field(default_factory=KafkaFramesConfig, description="Consuming frames topics.")
+
+    @field_validator("bootstrap_servers", mode="before")
+    @classmethod
+    def _split_servers(cls, value: Any) -> Any:
+        # One "host:port,host:port" string, as Kafka's own tools take it, is accepted too.
+        if isinstance(value, str):
+            return [server.strip() for server in value.split(",") if server.strip()]
+        return value
+
+
 class Config(_Settings):
     """All settings of one vistream process."""
 
@@ -95,6 +215,8 @@ class Config(_Settings):
     model: ModelConfig = Field(default_factory=ModelConfig, description="The classifier.")
     batching: BatchingConfig = Field(default_factory=BatchingConfig, description="Batching across cameras.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Result output.")
+    http: HttpConfig = Field(default_factory=HttpConfig, description="Metrics and health endpoints.")
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig, description="Kafka results, frames and dead letters.")
     shutdown_timeout_s: float = Field(10.0, gt=0, description="Deadline for a graceful stop, in seconds.")
 
     @field_validator("cameras")
@@ -113,7 +235,8 @@ def derive_camera_id(url: str) -> str:
     if url.isdigit():
         return f"device{url}"
     tail = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
-    stem = tail.rsplit(".", 1)[0] if "." in tail else tail
+    # A Kafka topic name has no file extension: kafka://vistream.frames keeps its whole name.
+    stem = tail.rsplit(".", 1)[0] if "." in tail and not url.startswith("kafka://") else tail
     cleaned = re.sub(r"[^A-Za-z0-9_.-]", "-", stem).strip("-.") or "camera"
     return cleaned[:64]
 
@@ -132,7 +255,7 @@ def validate_config(data: dict[str, Any], origin: str) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"invalid config ({origin}): {describe_errors(exc)}") from None
+        raise ConfigError(redact(f"invalid config ({origin}): {describe_errors(exc)}")) from None
 
 
 def describe_errors(exc: ValidationError) -> str:

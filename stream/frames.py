@@ -24,6 +24,9 @@ class Frame:
     pts_ms: float | None = None  # presentation timestamp within the stream, where it has one
     enqueued_at: float = 0.0  # time.monotonic() when it entered its slot
     origin: dict[str, Any] | None = None  # e.g. Kafka topic, partition and offset, copied into the result
+    # The configured camera that read the frame, for metric labels, where camera_id comes from the
+    # frame itself (a Kafka message header) and so is not from the config's closed set of ids.
+    configured_camera_id: str | None = None
 
 
 class SlotPolicy(str, Enum):
@@ -72,6 +75,12 @@ class FrameSlot:
         frame.enqueued_at = time.monotonic()
         self.frames.append(frame)
         self.on_ready(self)
+
+    async def wait_for_space(self) -> None:
+        """Wait until the slot has room for a frame or is closed."""
+        while len(self.frames) >= self.capacity and not self.closed:
+            self._space.clear()
+            await self._space.wait()
 
     def take(self) -> Frame | None:
         if not self.frames:

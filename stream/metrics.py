@@ -16,7 +16,9 @@ INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 END_TO_END_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
-DROP_REASONS = ("superseded", "corrupt", "oversize", "too_large_dimensions", "inference_error", "shutdown")
+DROP_REASONS = (
+    "superseded", "corrupt", "oversize", "too_large_dimensions", "invalid_header", "inference_error", "shutdown"
+)
 CAMERA_STATES = ("connecting", "streaming", "stalled", "backing_off", "stopped")
 PUBLISH_OUTCOMES = ("success", "failure", "overflow")
 
@@ -96,6 +98,25 @@ class Metrics:
             "vistream_sink_buffer_fill_ratio", "Outage buffer fill, from 0 to 1.", ["sink"], registry=r
         )
         self.model = Info("vistream_model", "The loaded model and its active execution provider.", registry=r)
+
+    def register_camera(self, camera: str) -> None:
+        """Create a camera's series at zero, so they are exported before its first frame.
+
+        A series that first appears on its first increment hides that increment from rate().
+        """
+        for metric in (self.frames_received, self.frames_analysed, self.reconnects, self.decode_seconds):
+            metric.labels(camera)
+        for reason in DROP_REASONS:
+            self.frames_dropped.labels(camera, reason)
+        for state in CAMERA_STATES:
+            self.camera_state.labels(camera, state)
+
+    def register_sink(self, sink: str) -> None:
+        """Create a sink's series at zero, so they are exported before its first result."""
+        for outcome in PUBLISH_OUTCOMES:
+            self.published.labels(sink, outcome)
+        self.buffered_results.labels(sink)
+        self.buffer_fill_ratio.labels(sink)
 
     def frame_received(self, camera: str) -> None:
         self.frames_received.labels(camera).inc()

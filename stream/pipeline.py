@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -18,6 +18,11 @@ from stream.metrics import Metrics
 from stream.results import build_result
 
 log = logging.getLogger(__name__)
+
+
+def metric_camera_id(frame: Frame) -> str:
+    """Return the camera label for a frame's metrics: its configured camera, never an id read from the frame."""
+    return frame.configured_camera_id or frame.camera_id
 
 
 class Sink(Protocol):
@@ -50,6 +55,9 @@ class Pipeline:
         self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="vistream-infer")
         self._inflight: asyncio.Queue = asyncio.Queue(maxsize=self.workers)
         self.analysed = 0
+        # Called with the frames of a batch whose inference failed, after they are counted; the
+        # App routes Kafka frames to the dead-letter topic through it.
+        self.on_dropped: Callable[[list[Frame], str], None] | None = None
 
     async def run(self) -> None:
         """Process batches until every camera is finished, then return."""
@@ -63,12 +71,20 @@ class Pipeline:
 
     async def _submit_batches(self) -> None:
         loop = asyncio.get_running_loop()
+        # A batch is formed only once a worker is free. Frames meanwhile stay in their slots,
+        # where a live camera's newer frame supersedes them, instead of ageing in a queue.
+        free_workers = asyncio.Semaphore(self.workers)
         try:
-            while (batch := await self.batcher.next_batch()) is not None:
+            while True:
+                await free_workers.acquire()
+                batch = await self.batcher.next_batch()
+                if batch is None:
+                    break
                 self.metrics.batch_size.observe(len(batch))
                 self.metrics.queued_frames.set(self.batcher.queued_frames)
                 images = [frame.image for frame in batch]
                 future = loop.run_in_executor(self._executor, self._infer, images)
+                future.add_done_callback(lambda _: free_workers.release())
                 self.metrics.inflight_batches.inc()
                 await self._inflight.put((batch, future))
         finally:
@@ -88,7 +104,9 @@ class Pipeline:
                 # One failed batch must not end the stream: its frames are counted and logged.
                 log.exception("inference failed for a batch of %d frames; they are dropped", len(batch))
                 for frame in batch:
-                    self.metrics.frame_dropped(frame.camera_id, "inference_error")
+                    self.metrics.frame_dropped(metric_camera_id(frame), "inference_error")
+                if self.on_dropped is not None:
+                    self.on_dropped(batch, "inference_error")
                 continue
             finally:
                 self.metrics.inflight_batches.dec()
@@ -114,9 +132,9 @@ class Pipeline:
                     published_at=published_at,
                 )
             )
-            self.metrics.decode_seconds.labels(frame.camera_id).observe(frame.decode_s)
+            self.metrics.decode_seconds.labels(metric_camera_id(frame)).observe(frame.decode_s)
             self.metrics.queue_seconds.observe(queue_s)
             self.metrics.capture_to_publish_seconds.observe(max(0.0, published_at - frame.captured_at))
-            self.metrics.frames_analysed.labels(frame.camera_id).inc()
+            self.metrics.frames_analysed.labels(metric_camera_id(frame)).inc()
         self.analysed += len(results)
         return results

@@ -50,9 +50,16 @@ class CliRun:
 
 @pytest.fixture
 def run_cli(tmp_path):
-    """Run `vistream ARGS...` in a subprocess, as a user would, and capture its output."""
+    """Run `vistream ARGS...` in a subprocess, as a user would, and capture its output.
+
+    `vistream run` gets `--http-port 0` unless ARGS set a port, so test runs in parallel on one
+    machine never compete for the default port 9108.
+    """
 
     def run(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> CliRun:
+        if "run" in args and "--http-port" not in args:
+            at = args.index("run") + 1
+            args = (*args[:at], "--http-port", "0", *args[at:])
         completed = subprocess.run(
             [sys.executable, "-m", "stream.cli", *args],
             capture_output=True,

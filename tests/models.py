@@ -55,3 +55,32 @@ def nhwc_bgr_model(builtin: Path, target: Path) -> Path:
     onnx.checker.check_model(model)
     onnx.save(model, str(target))
     return target
+
+
+def tiny_classifier(target: Path, classes: int = 4) -> Path:
+    """A classifier of 8x8 NCHW float images that costs microseconds per frame: mean colour to logits.
+
+    Tests that push thousands of frames through the pipeline use it in place of the built-in
+    model. Its batch dimension is symbolic, and `write_tiny_card` writes its card.
+    """
+    weights = np.arange(3 * classes, dtype=np.float32).reshape(3, classes) / (3 * classes)
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["images"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["flat"]),
+            helper.make_node("Gemm", ["flat", "weights"], ["logits"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", classes])],
+        initializer=[numpy_helper.from_array(weights, "weights")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(target))
+    return target
+
+
+def write_tiny_card(path: Path) -> Path:
+    return write_card(path, name="tiny", input_size=[8, 8], labels=None)

@@ -14,6 +14,7 @@ import cv2
 from stream.config import CameraConfig
 from stream.errors import SourceError
 from stream.frames import Frame, FrameSlot
+from stream.health import Health
 from stream.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -46,14 +47,19 @@ class VideoFileSource:
     (`retrieve`) and analysed. A file has no absolute capture time, so `captured_at` is the
     wall-clock time the frame was decoded and `pts_ms` carries the file's own timestamp; a
     looped file's timestamps keep rising across passes.
+
+    The camera state goes from connecting (opening the file) to streaming (once the first
+    frame is in the slot) to stopped (end of file, max_frames, stop or a failure). With
+    `health` the state also feeds /readyz; without it only the metric is set.
     """
 
-    def __init__(self, camera: CameraConfig, slot: FrameSlot, metrics: Metrics):
+    def __init__(self, camera: CameraConfig, slot: FrameSlot, metrics: Metrics, health: Health | None = None):
         self.camera = camera
         self.camera_id = camera.camera_id
         self.path = Path(camera.url)
         self.slot = slot
         self.metrics = metrics
+        self._set_state = health.set_camera_state if health else metrics.set_camera_state
         self._stop = threading.Event()
 
     def check(self) -> None:
@@ -68,9 +74,11 @@ class VideoFileSource:
             await asyncio.to_thread(self._read_all, loop)
         finally:
             self.slot.close()
+            self._set_state(self.camera_id, "stopped")
 
     def _read_all(self, loop: asyncio.AbstractEventLoop) -> None:
         log.info("camera %s: reading %s", self.camera_id, self.path)
+        self._set_state(self.camera_id, "connecting")
         sequence = 0
         analysed = 0
         offset_s = 0.0
@@ -108,6 +116,8 @@ class VideoFileSource:
                     )
                     asyncio.run_coroutine_threadsafe(self.slot.put(frame), loop).result()
                     self.metrics.frame_received(self.camera_id)
+                    if analysed == 0:
+                        self._set_state(self.camera_id, "streaming")
                     analysed += 1
                     if self.camera.max_frames and analysed >= self.camera.max_frames:
                         return
