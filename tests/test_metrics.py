@@ -30,6 +30,7 @@ from tests.models import tiny_classifier, write_tiny_card
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 METRICS_DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 TABLE_ROW = re.compile(r"^\| `(vistream_\w+)` \| (\w+) \|\s*([\w, ]*?)\s*\|")
+LABEL_LINE = re.compile(r"^- `(reason|state|outcome)`: (.*)$")
 CLOSED_LABELS = {"reason": set(DROP_REASONS), "state": set(CAMERA_STATES), "outcome": set(PUBLISH_OUTCOMES)}
 
 
@@ -41,6 +42,15 @@ def documented_metrics() -> dict[str, tuple[str, frozenset[str]]]:
             name, kind, labels = match.groups()
             table[name] = (kind, frozenset(label.strip() for label in labels.split(",") if label.strip()))
     return table
+
+
+def documented_label_values() -> dict[str, set[str]]:
+    """Return {label: values} from the closed sets listed in docs/metrics.md."""
+    listed = {}
+    for line in METRICS_DOC.read_text(encoding="utf-8").splitlines():
+        if match := LABEL_LINE.match(line):
+            listed[match.group(1)] = set(re.findall(r"`(\w+)`", match.group(2)))
+    return listed
 
 
 def exposed_metrics(text: str) -> dict[str, tuple[str, frozenset[str]]]:
@@ -95,6 +105,10 @@ async def test_metrics_match_documented_table(sample_video, tiny_model):
         assert label_values(text, label) == allowed
     assert label_values(text, "provider") == {"CPUExecutionProvider"}
     assert label_values(text, "name") == {"tiny"}
+
+
+def test_documented_label_values_match_code():
+    assert documented_label_values() == CLOSED_LABELS
 
 
 class FlakyModel(Model):
