@@ -15,6 +15,7 @@ import pytest
 from detectors.zoo.efficientnet_lite import ensure_model
 from stream.results import SCHEMA_PATH
 from stream.sample import sample_video_path
+from tests.models import tiny_classifier, write_tiny_card
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,3 +72,12 @@ def run_cli(tmp_path):
         return CliRun(completed.returncode, completed.stdout, completed.stderr)
 
     return run
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A small, fast ONNX classifier with its card, as `model` config settings."""
+    folder = tmp_path_factory.mktemp("tiny")
+    model = tiny_classifier(folder / "tiny.onnx")
+    card = write_tiny_card(folder / "tiny.card.yaml")
+    return {"path": str(model), "card": str(card), "top_k": 2}

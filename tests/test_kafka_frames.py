@@ -35,19 +35,10 @@ from tests.kafka_support import (  # noqa: F401 (fixtures)
     running_broker,
     unique_topic,
 )
-from tests.models import tiny_classifier, write_tiny_card
 
 pytestmark = pytest.mark.kafka
 
 MAX_MESSAGE_BYTES = 16_384
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    model = tiny_classifier(folder / "tiny.onnx")
-    card = write_tiny_card(folder / "tiny.card.yaml")
-    return {"path": str(model), "card": str(card), "top_k": 2}
 
 
 def single_frame_classifier(target):

@@ -27,20 +27,11 @@ from tests.kafka_support import (  # noqa: F401 (fixtures)
     running_broker,
     unique_topic,
 )
-from tests.models import tiny_classifier, write_tiny_card
 from tests.support.rtsp import RtspServer
 
 pytestmark = pytest.mark.kafka
 
 OUTAGE_S = 20.0
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    model = tiny_classifier(folder / "tiny.onnx")
-    card = write_tiny_card(folder / "tiny.card.yaml")
-    return {"path": str(model), "card": str(card), "top_k": 2}
 
 
 def sample_value(app: App, name: str, **labels: str) -> float:
