@@ -119,7 +119,7 @@ class Model:
         self.classes = self._probe_classes(first)
         check_labels(self.labels, self.classes, self.card.labels)
         log.info(
-            "model %s %s loaded from %s: input %s %s, provider %s, %d intra-op threads",
+            "model %s %s loaded from %s: input %s %s, provider %s, intra-op threads %d",
             self.name, self.version, path, self.input_name, self.input_shape, self.provider, self.intra_op_threads,
         )
 

@@ -18,6 +18,7 @@ from stream.frames import SlotPolicy
 from stream.health import Health
 from stream.http import StatusServer
 from stream.metrics import Metrics
+from stream.redact import redact
 from stream.pipeline import Pipeline
 from stream.sinks.jsonl import JsonLinesSink
 from stream.sources.live_camera import LiveCameraSource, configure_rtsp_transport
@@ -41,9 +42,10 @@ def camera_kind(camera: CameraConfig) -> str:
     if url.startswith("kafka://"):
         return "kafka"
     if "://" in url:
+        scheme = url.split("://", 1)[0]
         raise ConfigError(
-            f"camera {camera.camera_id}: unsupported url scheme in {url.split('://')[0]!r}; "
-            "use rtsp://, kafka://TOPIC or a file path"
+            f"camera {camera.camera_id}: url {redact(url)} has the unsupported scheme {scheme}://; "
+            "use rtsp://, kafka://TOPIC, a device index or a file path"
         )
     return "file"
 

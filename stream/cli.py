@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import logging
 import os
 import sys
@@ -23,9 +24,17 @@ EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 
 
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("vistream")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vistream", description="Streaming video analytics with ONNX classifiers.")
     parser.add_argument("--debug", action="store_true", help="log at DEBUG level and show tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"vistream {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser(
@@ -34,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="With no options, analyses the bundled sample clip with the built-in EfficientNet-Lite0.",
     )
     run.add_argument("--config", type=Path, help="YAML config file; options given here override it")
+    # Also accepted after the subcommand, where users put it (`make run ARGS=--debug` included).
+    run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     run.add_argument(
         "--source",
         help="one video file path, rtsp:// URL, device index or kafka://TOPIC, replacing the config's cameras",
@@ -45,7 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--top-k", type=int, help="number of labels per result (default 5)")
     run.add_argument("--model", type=Path, help="ONNX classifier (default: built-in EfficientNet-Lite0)")
     run.add_argument("--model-card", type=Path, help="model card for --model (default: MODEL.card.yaml)")
-    run.add_argument("--output", type=Path, help="write results to this JSON Lines file instead of standard output")
+    run.add_argument(
+        "--output",
+        type=Path,
+        help="append results to this JSON Lines file instead of standard output (missing folders are created)",
+    )
     run.add_argument(
         "--http-port", type=int, help="TCP port for /metrics, /healthz and /readyz (default 9108; 0 picks a free port)"
     )

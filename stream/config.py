@@ -28,6 +28,7 @@ class CameraConfig(_Settings):
         description="Camera id used in results, logs and metric labels; defaults to one derived from the url.",
     )
     url: str = Field(
+        min_length=1,
         description="rtsp:// URL, path of a video file, capture device index such as 0, "
         "or kafka://TOPIC for a frames topic."
     )
@@ -36,7 +37,9 @@ class CameraConfig(_Settings):
     )
     max_frames: int | None = Field(None, gt=0, description="Stop this camera after analysing this many frames.")
     loop: bool = Field(False, description="Restart a video file from its beginning at its end.")
-    transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport.")
+    transport: Literal["tcp", "udp"] = Field(
+        "tcp", description="RTSP transport; every RTSP camera of one process must use the same one."
+    )
     username: str | None = Field(None, description="RTSP user name; kept out of the url so it is never printed.")
     password: SecretStr | None = Field(None, description="RTSP password; prefer password_env or password_file.")
     password_env: str | None = Field(None, description="Name of an environment variable holding the RTSP password.")
@@ -85,7 +88,7 @@ class ModelConfig(_Settings):
 
 
 class BatchingConfig(_Settings):
-    """How frames from all cameras are grouped for the model."""
+    """Batching of frames from all cameras for the model."""
 
     max_batch_size: int = Field(8, ge=1, le=1024, description="A batch is sent once it holds this many frames.")
     max_wait_ms: float = Field(
@@ -97,7 +100,7 @@ class BatchingConfig(_Settings):
 
 
 class OutputConfig(_Settings):
-    """Where results go when no Kafka sink is configured."""
+    """The result output used when no Kafka results topic is configured."""
 
     path: Path | None = Field(None, description="JSON Lines file for results; unset writes to standard output.")
 
@@ -275,13 +278,24 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found; check the --config path") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(exc)}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must be a YAML mapping at the top level")
     return raw
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Return a YAML error as one line: the problem and its line and column in the file."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:
+        return problem
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

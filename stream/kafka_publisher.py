@@ -161,7 +161,7 @@ class KafkaPublisher:
             await self._close_producer(self._request_timeout_s)
             raise SinkError(
                 f"{self.name}: cannot connect to Kafka at {self._servers}: {exc or type(exc).__name__}; "
-                "check kafka.bootstrap_servers and that a broker runs there"
+                "check kafka.bootstrap_servers (--kafka-bootstrap) and that a broker runs there"
             ) from None
 
         self._running = True

@@ -40,6 +40,8 @@ def add_publish_frames_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--topic", required=True, help="frames topic to publish to")
     parser.add_argument(
         "--bootstrap",
+        "--kafka-bootstrap",
+        dest="bootstrap",
         default="localhost:9092",
         metavar="HOST:PORT[,...]",
         help="Kafka brokers (default localhost:9092)",

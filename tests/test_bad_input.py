@@ -126,3 +126,26 @@ def test_debug_shows_traceback(run_cli, tmp_path):
     assert run.returncode != 0
     assert "Traceback" in run.stderr
     assert "vistream: error: " in run.stderr
+
+
+def test_config_file_with_broken_yaml(run_cli, tmp_path):
+    config = tmp_path / "vistream.yaml"
+    config.write_text("cameras:\n  - url: a.mp4\n   fps: [\n")
+
+    run = run_cli("run", "--config", str(config))
+
+    assert_one_line_error(run, "vistream.yaml", "not valid YAML", "line 3")
+
+
+def test_source_with_unsupported_scheme(run_cli):
+    run = run_cli("run", "--source", "http://127.0.0.1:1/clip.mp4")
+
+    assert_one_line_error(run, "http://127.0.0.1:1/clip.mp4", "unsupported scheme http://", "rtsp://")
+    assert run.returncode == 2
+
+
+def test_debug_accepted_after_run(run_cli, tmp_path):
+    run = run_cli("run", "--debug", "--source", str(tmp_path / "absent.mp4"))
+
+    assert run.returncode == 1
+    assert "Traceback" in run.stderr

@@ -109,7 +109,7 @@ class KafkaFramesSource:
             await self._close_clients(self._request_timeout_s)
             raise SourceError(
                 f"camera {self.camera_id}: cannot connect to Kafka at {describe_servers(self.kafka)}: "
-                f"{exc or type(exc).__name__}; check kafka.bootstrap_servers and that a broker runs there"
+                f"{exc or type(exc).__name__}; check kafka.bootstrap_servers (--kafka-bootstrap) and that a broker runs there"
             ) from None
         try:
             await self._dead_letters.start()
