@@ -224,10 +224,10 @@ class App:
         if not task.cancelled() and task.exception() is not None:
             log.error("task %s failed: %s", task.get_name(), task.exception(), exc_info=task.exception())
 
-    def request_stop(self) -> None:
+    def request_stop(self, reason: str = "stop requested") -> None:
         """Stop intake; frames already read are still analysed and published."""
         if not self._stopping.is_set():
-            log.info("stopping: no new frames are read; finishing the frames in flight")
+            log.info("stopping (%s): no new frames are read; finishing the frames in flight", reason)
             self._stop_at = time.monotonic() + self.config.shutdown_timeout_s
             self._stopping.set()
             for source in self.sources:
@@ -240,6 +240,7 @@ class App:
             loop.add_signal_handler(sig, self.request_stop)
         try:
             await self._run_pipeline()
+            self.request_stop("every camera finished")
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, codec
+from aiokafka.errors import KafkaConnectionError
 
 from stream.config import KafkaConfig, KafkaResultsConfig
 from stream.errors import ConfigError
@@ -78,3 +79,12 @@ def new_consumer(kafka: KafkaConfig, client_suffix: str) -> AIOKafkaConsumer:
 
 def describe_servers(kafka: KafkaConfig) -> str:
     return ",".join(kafka.bootstrap_servers)
+
+
+def describe_connect_error(exc: BaseException) -> str:
+    """Describe why connecting to Kafka failed, without aiokafka's address tuples."""
+    if isinstance(exc, KafkaConnectionError):
+        return "no broker responded"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__

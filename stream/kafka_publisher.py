@@ -40,6 +40,7 @@ from aiokafka.errors import (
 )
 
 from stream.errors import SinkError
+from stream.kafka_client import describe_connect_error
 from stream.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ class KafkaPublisher:
         except (KafkaError, OSError, TimeoutError) as exc:
             await self._close_producer(self._request_timeout_s)
             raise SinkError(
-                f"{self.name}: cannot connect to Kafka at {self._servers}: {exc or type(exc).__name__}; "
+                f"{self.name}: cannot connect to Kafka at {self._servers}: {describe_connect_error(exc)}; "
                 "check kafka.bootstrap_servers (--kafka-bootstrap) and that a broker runs there"
             ) from None
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from stream.config import CAMERA_ID_PATTERN, KAFKA_TOPIC_PATTERN, derive_camera_id
 from stream.errors import ConfigError, SinkError
+from stream.kafka_client import describe_connect_error
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ async def publish_frames(args: argparse.Namespace) -> None:
             await producer.start()
     except (KafkaError, OSError, TimeoutError) as exc:
         await producer.stop()
-        raise SinkError(f"cannot connect to Kafka at {args.bootstrap}: {exc or type(exc).__name__}; check --bootstrap")
+        raise SinkError(f"cannot connect to Kafka at {args.bootstrap}: {describe_connect_error(exc)}; check --kafka-bootstrap")
 
     frames = encoded_frames(args.video, args.format, args.jpeg_quality, args.fps)
     pending: deque[asyncio.Future] = deque()

@@ -25,7 +25,7 @@ from stream.config import KAFKA_TOPIC_PATTERN, CameraConfig, KafkaConfig
 from stream.errors import ConfigError, SinkError, SourceError, VistreamError
 from stream.frames import Frame, FrameSlot
 from stream.health import Health
-from stream.kafka_client import describe_servers, new_consumer
+from stream.kafka_client import describe_connect_error, describe_servers, new_consumer
 from stream.kafka_dead_letters import DeadLetterWriter
 from stream.kafka_frame_format import DecodedFrame, FrameLimits, InvalidFrame, read_frame
 from stream.kafka_offsets import OffsetTracker
@@ -109,7 +109,7 @@ class KafkaFramesSource:
             await self._close_clients(self._request_timeout_s)
             raise SourceError(
                 f"camera {self.camera_id}: cannot connect to Kafka at {describe_servers(self.kafka)}: "
-                f"{exc or type(exc).__name__}; check kafka.bootstrap_servers (--kafka-bootstrap) and that a broker runs there"
+                f"{describe_connect_error(exc)}; check kafka.bootstrap_servers (--kafka-bootstrap) and that a broker runs there"
             ) from None
         try:
             await self._dead_letters.start()

@@ -128,4 +128,7 @@ class VideoFileSource:
                 break
             # The next pass continues the timeline one frame interval after the last frame.
             offset_s = (last_ms + 1000.0 / fps) / 1000.0
-        log.info("camera %s: end of %s after %d frames", self.camera_id, self.path, sequence)
+        if self._stop.is_set():
+            log.info("camera %s: stopped reading %s after %d frames", self.camera_id, self.path, sequence)
+        else:
+            log.info("camera %s: end of %s after %d frames", self.camera_id, self.path, sequence)
