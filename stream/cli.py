@@ -31,6 +31,37 @@ def package_version() -> str:
         return "unknown (not installed)"
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1, so the error names the option, not a config key."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+def tcp_port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 65535, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vistream", description="Streaming video analytics with ONNX classifiers.")
     parser.add_argument("--debug", action="store_true", help="log at DEBUG level and show tracebacks on errors")
@@ -50,10 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="one video file path, rtsp:// URL, device index or kafka://TOPIC, replacing the config's cameras",
     )
     run.add_argument("--camera-id", help="camera id for --source (default: derived from its name)")
-    run.add_argument("--max-frames", type=int, help="stop each camera after analysing this many frames")
-    run.add_argument("--fps", type=float, help="analyse at most this many frames per second of video time")
+    run.add_argument("--max-frames", type=positive_int, help="stop each camera after analysing this many frames")
+    run.add_argument("--fps", type=positive_float, help="analyse at most this many frames per second of video time")
     run.add_argument("--loop", action="store_true", default=None, help="restart video files at their end")
-    run.add_argument("--top-k", type=int, help="number of labels per result (default 5)")
+    run.add_argument("--top-k", type=positive_int, help="number of labels per result (default 5)")
     run.add_argument("--model", type=Path, help="ONNX classifier (default: built-in EfficientNet-Lite0)")
     run.add_argument("--model-card", type=Path, help="model card for --model (default: MODEL.card.yaml)")
     run.add_argument(
@@ -62,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="append results to this JSON Lines file instead of standard output (missing folders are created)",
     )
     run.add_argument(
-        "--http-port", type=int, help="TCP port for /metrics, /healthz and /readyz (default 9108; 0 picks a free port)"
+        "--http-port", type=tcp_port, help="TCP port for /metrics, /healthz and /readyz (default 9108; 0 picks a free port)"
     )
     run.add_argument(
         "--kafka-bootstrap", metavar="HOST:PORT[,...]", help="Kafka brokers to connect to (default localhost:9092)"

@@ -149,3 +149,21 @@ def test_debug_accepted_after_run(run_cli, tmp_path):
 
     assert run.returncode == 1
     assert "Traceback" in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--top-k", "0", "argument --top-k: must be at least 1, got 0"),
+        ("--fps", "-2", "argument --fps: must be greater than 0, got -2"),
+        ("--max-frames", "ten", "argument --max-frames: expected a whole number, got 'ten'"),
+        ("--http-port", "70000", "argument --http-port: must be from 0 to 65535, got 70000"),
+    ],
+)
+def test_invalid_option_names_the_option(run_cli, option, value, message):
+    run = run_cli("run", option, value)
+
+    assert run.returncode == 2
+    assert run.stdout == ""
+    assert message in run.stderr
+    assert "Traceback" not in run.stderr
