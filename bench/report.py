@@ -109,7 +109,7 @@ def _defaults_name(defaults: dict[str, Any]) -> str:
 
 def _latency(rows: list[dict[str, Any]], defaults: dict[str, Any]) -> list[str]:
     lines = [
-        f"capture-to-result latency at default settings, paced input to live cameras at up to 25 frames/s each;",
+        "capture-to-result latency at default settings, paced input to live cameras at up to 25 frames/s each;",
         f"load is relative to {defaults['sustained_frames_per_s']:.1f} frames/s, the median of "
         f"{defaults['sustained_readings']} readings of the default settings",
         "load   frames/s  cameras  p50 ms   p99 ms   results  dropped  mean batch",

@@ -42,7 +42,7 @@ class ModelCard(BaseModel):
         "area", description="OpenCV interpolation used to resize frames to input_size."
     )
     output: Literal["logits", "probabilities"] = Field(
-        "logits", description="Whether the first output holds logits (softmax is applied) or probabilities."
+        "logits", description="Whether the first output contains logits (softmax is applied) or probabilities."
     )
     labels: Path | None = Field(
         None, description="Labels file, one class name per line in class-id order, relative to the card."
@@ -120,13 +120,13 @@ def check_card(card: ModelCard, card_path: Path, input_shape: list, input_type: 
 
     if isinstance(channels, int) and channels != 3:
         raise ModelError(
-            f"{where} says layout {card.layout}, but then the model's input {input_shape} has "
+            f"{where} sets layout {card.layout}, but then the model's input {input_shape} has "
             f"{channels} channels instead of 3; set layout to the model's real layout"
         )
     for axis, declared, carded in (("height", height, card.input_size[0]), ("width", width, card.input_size[1])):
         if isinstance(declared, int) and declared != carded:
             raise ModelError(
-                f"{where} says input_size {list(card.input_size)}, but the model's input {input_shape} "
+                f"{where} sets input_size {list(card.input_size)}, but the model's input {input_shape} "
                 f"has {axis} {declared}; set input_size to the model's size"
             )
 

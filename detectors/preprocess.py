@@ -1,4 +1,4 @@
-"""Turn decoded BGR frames into a model's input tensor, as its card says (pure numpy and OpenCV)."""
+"""Turn decoded BGR frames into a model's input tensor, as its model card specifies (pure numpy and OpenCV)."""
 
 from __future__ import annotations
 

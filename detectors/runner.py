@@ -36,7 +36,7 @@ _BUILTIN_CARD = Path(efficientnet_lite.__file__).with_name("efficientnet-lite0.c
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Where a model and its card live, and how to run it."""
+    """The model file, its card and the settings to run it with."""
 
     path: Path | None = None  # None selects the built-in EfficientNet-Lite0
     card_path: Path | None = None

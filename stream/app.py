@@ -54,7 +54,7 @@ class App:
     """One vistream process: sources, batcher, model, pipeline and sink.
 
     `run` returns when every camera has finished (end of file, max_frames) or after
-    `request_stop`; the stop drains frames already read, flushes the sink and returns within
+    `request_stop`. The stop drains frames already read, flushes the sink and returns within
     `shutdown_timeout_s`.
     """
 

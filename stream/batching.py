@@ -1,6 +1,6 @@
 """Collects frames from all cameras' slots into batches for the model.
 
-A batch is sent when it holds `max_batch_size` frames or when its oldest frame has waited
+A batch is sent when it contains `max_batch_size` frames or when its oldest frame has waited
 `max_wait_ms` since it entered its slot, whichever comes first (the dynamic batching policy of
 Triton Inference Server). Slots are served round-robin, one frame per turn, so a busy camera
 cannot starve a quiet one.

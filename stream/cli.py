@@ -31,32 +31,31 @@ def package_version() -> str:
         return "unknown (not installed)"
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer of at least 1, so the error names the option, not a config key."""
+# argparse types for numeric options, so an invalid value is reported against the option the
+# user typed rather than the config key it sets.
+def _parse_number(text: str, cast: type, kind: str):
     try:
-        value = int(text)
+        return cast(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    value = _parse_number(text, int, "a whole number")
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
 def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    value = _parse_number(text, float, "a number")
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
     return value
 
 
 def tcp_port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    value = _parse_number(text, int, "a port number")
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be from 0 to 65535, got {value}")
     return value

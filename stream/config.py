@@ -90,7 +90,7 @@ class ModelConfig(_Settings):
 class BatchingConfig(_Settings):
     """Batching of frames from all cameras for the model."""
 
-    max_batch_size: int = Field(8, ge=1, le=1024, description="A batch is sent once it holds this many frames.")
+    max_batch_size: int = Field(8, ge=1, le=1024, description="A batch is sent once it contains this many frames.")
     max_wait_ms: float = Field(
         10.0, ge=0, description="A batch is sent once its oldest frame has waited this long, in milliseconds."
     )

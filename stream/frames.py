@@ -30,10 +30,10 @@ class Frame:
 
 
 class SlotPolicy(str, Enum):
-    """What a full slot does with a new frame."""
+    """The policy of a full slot for a new frame."""
 
     LATEST = "latest"  # live cameras: the oldest frame is dropped (counted) and the new one kept
-    BLOCK = "block"  # files and Kafka: the producer waits for space, so nothing is lost
+    BLOCK = "block"  # files and Kafka: the reader waits for space, so the slot drops nothing
 
 
 @dataclass(eq=False)
@@ -66,10 +66,8 @@ class FrameSlot:
         self.on_ready(self)
 
     async def put(self, frame: Frame) -> None:
-        """Add a frame, waiting while the slot is full."""
-        while len(self.frames) >= self.capacity and not self.closed:
-            self._space.clear()
-            await self._space.wait()
+        """Add a frame, waiting while the slot is full; a closed slot discards it."""
+        await self.wait_for_space()
         if self.closed:
             return
         frame.enqueued_at = time.monotonic()

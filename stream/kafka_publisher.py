@@ -25,19 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import (
-    CorruptRecordException,
-    InvalidTimestampError,
-    InvalidTopicError,
-    KafkaError,
-    KafkaTimeoutError,
-    MessageSizeTooLargeError,
-    PolicyViolationError,
-    RecordListTooLargeError,
-    RecordTooLargeError,
-    TopicAuthorizationFailedError,
-    UnsupportedForMessageFormatError,
-)
+from aiokafka import errors as kafka_errors
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from stream.errors import SinkError
 from stream.kafka_client import describe_connect_error
@@ -56,15 +45,15 @@ SHUTDOWN = "shutdown"  # still buffered when the stop deadline passed
 
 # Errors about one record, which sending it again cannot fix.
 RECORD_ERRORS = (
-    CorruptRecordException,
-    InvalidTimestampError,
-    InvalidTopicError,
-    MessageSizeTooLargeError,
-    PolicyViolationError,
-    RecordListTooLargeError,
-    RecordTooLargeError,
-    TopicAuthorizationFailedError,
-    UnsupportedForMessageFormatError,
+    kafka_errors.CorruptRecordException,
+    kafka_errors.InvalidTimestampError,
+    kafka_errors.InvalidTopicError,
+    kafka_errors.MessageSizeTooLargeError,
+    kafka_errors.PolicyViolationError,
+    kafka_errors.RecordListTooLargeError,
+    kafka_errors.RecordTooLargeError,
+    kafka_errors.TopicAuthorizationFailedError,
+    kafka_errors.UnsupportedForMessageFormatError,
 )
 
 # Seconds between retries of a send that aiokafka could not queue, between attempts to start a

@@ -41,7 +41,7 @@ class Sink(Protocol):
 class Pipeline:
     """Pulls batches from the batcher, runs them on `workers` threads and publishes the results.
 
-    At most `workers` batches are in flight; the emitter awaits them in submission order, so
+    At most `workers` batches are in flight. The emitter awaits them in submission order, so
     each camera's results leave in sequence order even with several workers.
     """
 

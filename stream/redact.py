@@ -20,7 +20,7 @@ _secrets: set[str] = set()
 
 
 def register_secret(value: str | None) -> None:
-    """Scrub `value` from everything `redact` sees from now on."""
+    """Make `redact` replace `value` in every text it scrubs from now on."""
     if value:
         with _lock:
             _secrets.add(value)

@@ -57,6 +57,16 @@ async def wait_for_status(port: int, path: str, status: int, timeout_s: float = 
         await asyncio.sleep(0.05)
 
 
+async def wait_until(condition: Callable[[], bool], timeout_s: float, description: str, interval_s: float = 0.05) -> float:
+    """Poll `condition` until it is true; return the seconds waited, or fail naming `description`."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout_s:
+            raise AssertionError(f"{description} did not happen within {timeout_s} s")
+        await asyncio.sleep(interval_s)
+    return time.monotonic() - started
+
+
 @contextlib.asynccontextmanager
 async def running_app(config: Config, prepare: Callable[[App], None] | None = None) -> AsyncIterator[App]:
     """Run an App until the block ends, then stop it and wait for `run` to return.

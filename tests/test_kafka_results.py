@@ -17,7 +17,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from stream.app import App
-from tests.apps import app_config, http_get, wait_for_status
+from tests.apps import app_config, http_get, wait_for_status, wait_until
 from tests.kafka_support import (  # noqa: F401 (fixtures)
     BOOTSTRAP,
     broker_outage,
@@ -36,16 +36,6 @@ OUTAGE_S = 20.0
 
 def sample_value(app: App, name: str, **labels: str) -> float:
     return app.metrics.registry.get_sample_value(name, labels) or 0.0
-
-
-async def wait_until(condition, timeout_s: float, what: str, interval_s: float = 0.05) -> float:
-    """Poll `condition` until it is true; return the seconds waited, or fail naming `what`."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout_s:
-            raise AssertionError(f"{what} did not happen within {timeout_s} s")
-        await asyncio.sleep(interval_s)
-    return time.monotonic() - started
 
 
 def test_video_results_reach_topic_and_validate(kafka_broker, run_cli, result_validator):

@@ -18,7 +18,7 @@ import pytest
 
 from detectors.runner import Model
 from stream.sources.live_camera import LiveCameraSource
-from tests.apps import app_config, http_get, running_app
+from tests.apps import app_config, http_get, running_app, wait_until
 from tests.support.rtsp import RtspServer, free_port
 
 pytestmark = pytest.mark.rtsp
@@ -43,16 +43,6 @@ def camera(camera_id: str, url: str, **settings) -> dict:
 
 def live_sources(app) -> dict[str, LiveCameraSource]:
     return {s.camera_id: s for s in app.sources if isinstance(s, LiveCameraSource)}
-
-
-async def wait_until(predicate, timeout_s: float, description: str) -> float:
-    """Poll `predicate` until true; return the seconds it took, or fail naming `description`."""
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout_s:
-            raise AssertionError(f"{description} did not happen within {timeout_s} s")
-        await asyncio.sleep(0.05)
-    return time.monotonic() - started
 
 
 def read_results(path: Path) -> list[dict]:

@@ -132,7 +132,7 @@ def _read_storages(f: BinaryIO, storage_keys: list, state: dict) -> dict[str, np
         ref = refs[key]
         (numel,) = struct.unpack("<q", f.read(8))
         if numel != ref.numel:
-            raise ValueError(f"storage {key} holds {numel} elements, the state dict expects {ref.numel}")
+            raise ValueError(f"storage {key} contains {numel} elements, but the state dict expects {ref.numel}")
         data = f.read(numel * ref.dtype.itemsize)
         if len(data) != numel * ref.dtype.itemsize:
             raise ValueError(f"storage {key} is truncated")

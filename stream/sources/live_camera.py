@@ -202,7 +202,7 @@ class LiveCameraSource:
         return _Capture(attempt)
 
     async def _probe(self) -> str | None:
-        """Return why the RTSP server is unreachable, or None when it answers (or for devices)."""
+        """Return why the RTSP server is unreachable, or None when it responds (and for devices)."""
         if not self.camera.url.startswith("rtsp://"):
             return None
         probe = asyncio.ensure_future(probe_rtsp(self.camera.url, self.camera.open_timeout_s))

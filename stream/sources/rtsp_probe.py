@@ -4,7 +4,7 @@ OpenCV's FFmpeg backend holds one process-wide lock while it opens any capture (
 opencv-python-headless 5.1: a second camera's open waited for a first, unreachable camera's
 5 s open timeout). An unreachable camera handed to OpenCV would therefore delay the first frames
 of every other camera. The probe keeps dead cameras away from that lock: only a server that
-answers an RTSP OPTIONS request is opened with OpenCV.
+responds to an RTSP OPTIONS request is opened with OpenCV.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ def _request_uri(url: str) -> str:
 
 
 async def probe_rtsp(url: str, timeout_s: float) -> None:
-    """Raise SourceUnavailable unless the server at `url` answers RTSP OPTIONS within `timeout_s`.
+    """Raise SourceUnavailable unless the server at `url` responds to RTSP OPTIONS within `timeout_s`.
 
-    The answer's status is not checked: a 401 or 404 still proves a live RTSP server, and
+    The response status is not checked: a 401 or 404 still proves a live RTSP server, and
     OpenCV reports those errors itself when it opens the stream.
     """
     parts = urlsplit(url)
@@ -41,11 +41,11 @@ async def probe_rtsp(url: str, timeout_s: float) -> None:
             await writer.drain()
             status_line = await reader.readline()
     except TimeoutError:
-        raise SourceUnavailable(f"no RTSP answer from {host}:{port} within {timeout_s:.1f} s") from None
+        raise SourceUnavailable(f"no RTSP response from {host}:{port} within {timeout_s:.1f} s") from None
     except OSError as exc:
         raise SourceUnavailable(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
     finally:
         if writer is not None:
             writer.close()
     if not status_line.startswith(b"RTSP/"):
-        raise SourceUnavailable(f"{host}:{port} did not answer as an RTSP server")
+        raise SourceUnavailable(f"{host}:{port} did not respond as an RTSP server; check the camera url")

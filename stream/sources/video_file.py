@@ -45,7 +45,7 @@ class VideoFileSource:
 
     Every frame is decoded (`grab`), but only frames due under `fps` are converted to BGR
     (`retrieve`) and analysed. A file has no absolute capture time, so `captured_at` is the
-    wall-clock time the frame was decoded and `pts_ms` carries the file's own timestamp; a
+    wall-clock time the frame was decoded and `pts_ms` carries the file's own timestamp. A
     looped file's timestamps keep rising across passes.
 
     The camera state goes from connecting (opening the file) to streaming (once the first
