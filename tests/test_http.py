@@ -10,6 +10,7 @@ import io
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -20,7 +21,6 @@ from stream.http import MAX_CONCURRENT_REQUESTS, StatusServer
 from stream.metrics import Metrics
 from stream.sinks.jsonl import JsonLinesSink
 from tests.apps import HttpReply, app_config, http_get, running_app, wait_for_status
-from tests.models import tiny_classifier, write_tiny_card
 
 
 class SwitchableSink(JsonLinesSink):
@@ -35,14 +35,8 @@ class SwitchableSink(JsonLinesSink):
         return self.available
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    return tiny_classifier(folder / "tiny.onnx"), write_tiny_card(folder / "tiny.card.yaml")
-
-
 def looping_config(sample_video, tiny_model, **sections):
-    path, card = tiny_model
+    path, card = Path(tiny_model["path"]), Path(tiny_model["card"])
     cameras = [{"id": "gate-1", "url": str(sample_video), "loop": True}]
     return app_config(cameras, model={"path": str(path), "card": str(card)}, **sections)
 
@@ -73,7 +67,7 @@ async def test_readyz_follows_sink(sample_video, tiny_model):
 
 @pytest.mark.asyncio
 async def test_readyz_fails_after_files_end(sample_video, tiny_model):
-    path, card = tiny_model
+    path, card = Path(tiny_model["path"]), Path(tiny_model["card"])
     config = app_config(
         [{"id": "short", "url": str(sample_video), "max_frames": 3}],
         model={"path": str(path), "card": str(card)},

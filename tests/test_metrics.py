@@ -25,7 +25,6 @@ from stream.metrics import CAMERA_STATES, DROP_REASONS, PUBLISH_OUTCOMES, Metric
 from stream.pipeline import Pipeline
 from stream.sinks.jsonl import JsonLinesSink
 from tests.apps import app_config, http_get, running_app, wait_for_status
-from tests.models import tiny_classifier, write_tiny_card
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 METRICS_DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
@@ -73,15 +72,9 @@ def label_values(text: str, label: str) -> set[str]:
     }
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    return tiny_classifier(folder / "tiny.onnx"), write_tiny_card(folder / "tiny.card.yaml")
-
-
 @pytest.mark.asyncio
 async def test_metrics_match_documented_table(sample_video, tiny_model):
-    path, card = tiny_model
+    path, card = Path(tiny_model["path"]), Path(tiny_model["card"])
     cameras = [{"id": camera, "url": str(sample_video), "loop": True} for camera in ("gate-1", "gate-2")]
     config = app_config(cameras, model={"path": str(path), "card": str(card)})
 
@@ -132,7 +125,7 @@ def count_series(registry: CollectorRegistry) -> int:
 @pytest.mark.asyncio
 async def test_series_bounded_after_10000_frames(tiny_model):
     frames = 10_000
-    path, card = tiny_model
+    path, card = Path(tiny_model["path"]), Path(tiny_model["card"])
     rng = random.Random(7)
     metrics = Metrics(CollectorRegistry())
     health = Health(metrics, liveness_timeout_s=5.0)
